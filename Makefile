@@ -1,0 +1,29 @@
+# Each target is a short call into a real script or command; see README.md.
+SHELL := /usr/bin/env bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: install test lint bench demo up down image clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[local,dev]'
+	touch $@
+
+lint: install
+	$(BIN)/ruff check src lambda tests bench
+	$(BIN)/shellcheck infra/*.sh scripts/*.sh
+
+test: install lint
+	$(BIN)/pytest -q
+
+bench: install
+	$(BIN)/python bench/compare_libraries.py
+
+clean:
+	rm -rf $(VENV) .run demo-output
