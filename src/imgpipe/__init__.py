@@ -1,0 +1,1 @@
+"""imgpipe: S3 raw-images/ -> Lambda -> SNS -> SQS -> consumer -> S3 thumbnails/."""
