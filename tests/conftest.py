@@ -1,6 +1,5 @@
 """Shared fixtures: fake credentials, the moto server on 127.0.0.1, unique names, test images."""
 
-import io
 import os
 import uuid
 from pathlib import Path
@@ -56,13 +55,3 @@ def corpus():
     if not CORPUS.is_dir():
         pytest.skip(f"corpus folder {CORPUS} is absent")
     return CORPUS
-
-
-def make_image(fmt="JPEG", size=(640, 480), mode="RGB", color=(200, 30, 30), **save):
-    """A small generated test image as bytes (Pillow is a test-only dependency)."""
-    from PIL import Image
-
-    image = Image.new(mode, size, color)
-    buf = io.BytesIO()
-    image.save(buf, fmt, **save)
-    return buf.getvalue()

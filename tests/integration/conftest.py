@@ -24,6 +24,7 @@ class Pipeline:
     dlq_url: str
     s3: object
     sqs: object
+    max_receive_count: int = MAX_RECEIVE_COUNT
 
     def env(self, **extra) -> dict:
         return {
@@ -90,9 +91,9 @@ def pipeline(moto_endpoint, unique_name) -> Pipeline:
     sqs = boto3.client("sqs")
     s3.create_bucket(Bucket=unique_name)
     dlq_url = sqs.create_queue(QueueName=f"{unique_name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
     queue_url = sqs.create_queue(
         QueueName=unique_name,
@@ -121,12 +122,23 @@ def running_consumer(pipeline):
         assert not thread.is_alive(), "consumer did not stop"
 
 
-def start_consumer_process(pipeline: Pipeline, **settings) -> subprocess.Popen:
-    """`imgpipe consumer` as a real process, its JSON log on stdout."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "imgpipe.consumer"],
-        env=pipeline.env(**settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+@pytest.fixture
+def consumer_process(pipeline):
+    """Start `imgpipe consumer` as a real process (JSON log on stdout); killed after the test."""
+    started = []
+
+    def start(**settings) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "imgpipe.consumer"],
+            env=pipeline.env(**settings),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()

@@ -5,7 +5,7 @@ import io
 import pytest
 from PIL import Image
 
-from conftest import make_image
+from images import make_image
 from imgpipe.errors import PermanentError
 from imgpipe.imaging import Limits, make_thumbnail, sniff_format
 
