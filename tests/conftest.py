@@ -50,7 +50,7 @@ def unique_name():
     return f"imgpipe-test-{uuid.uuid4().hex[:8]}"
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def corpus():
     if not CORPUS.is_dir():
         pytest.skip(f"corpus folder {CORPUS} is absent")

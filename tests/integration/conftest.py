@@ -1,125 +1,24 @@
-"""A bucket, a queue and its dead-letter queue on the moto server; consumers to run on them."""
+"""Fixtures for the integration tests (the harness is in harness.py)."""
 
-import json
-import os
 import subprocess
 import sys
-import threading
-import time
-from dataclasses import dataclass
+from contextlib import ExitStack
 
-import boto3
 import pytest
 
-from imgpipe.config import Settings
-from imgpipe.consumer import Consumer
-
-MAX_RECEIVE_COUNT = 2
-
-
-@dataclass
-class Pipeline:
-    bucket: str
-    queue_url: str
-    dlq_url: str
-    s3: object
-    sqs: object
-    max_receive_count: int = MAX_RECEIVE_COUNT
-
-    def env(self, **extra) -> dict:
-        return {
-            **os.environ,
-            "BUCKET_NAME": self.bucket,
-            "QUEUE_URL": self.queue_url,
-            "HEALTH_HOST": "127.0.0.1",
-            "HEALTH_PORT": "0",
-            "WAIT_TIME_SECONDS": "1",
-            **{k: str(v) for k, v in extra.items()},
-        }
-
-    def upload(self, key: str, data: bytes) -> None:
-        self.s3.put_object(Bucket=self.bucket, Key=key, Body=data)
-
-    def send(self, key: str, bucket: str | None = None) -> None:
-        body = json.dumps({"bucket": bucket or self.bucket, "key": key})
-        self.sqs.send_message(QueueUrl=self.queue_url, MessageBody=body)
-
-    def thumbnail(self, key: str, timeout: float = 30) -> dict:
-        """The thumbnail object for key, waiting for it to appear."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.s3.get_object(Bucket=self.bucket, Key=key)
-            except self.s3.exceptions.NoSuchKey:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"no thumbnail {key} after {timeout}s") from None
-                time.sleep(0.2)
-
-    def keys(self, prefix: str) -> list[str]:
-        listing = self.s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix)
-        return sorted(o["Key"] for o in listing.get("Contents", []))
-
-    def dead_letters(self, expected: int, timeout: float = 30) -> list[dict]:
-        """Read (and delete) `expected` messages from the DLQ, waiting for them."""
-        found, deadline = [], time.monotonic() + timeout
-        while len(found) < expected and time.monotonic() < deadline:
-            got = self.sqs.receive_message(
-                QueueUrl=self.dlq_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=1,
-                MessageAttributeNames=["All"],
-            ).get("Messages", [])
-            for m in got:
-                self.sqs.delete_message(QueueUrl=self.dlq_url, ReceiptHandle=m["ReceiptHandle"])
-            found += got
-        return found
-
-    def depth(self, url: str) -> int:
-        attrs = self.sqs.get_queue_attributes(
-            QueueUrl=url,
-            AttributeNames=[
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-            ],
-        )["Attributes"]
-        return sum(int(v) for v in attrs.values())
+from harness import Pipeline, consumer_thread, make_pipeline
 
 
 @pytest.fixture
 def pipeline(moto_endpoint, unique_name) -> Pipeline:
-    s3 = boto3.client("s3")
-    sqs = boto3.client("sqs")
-    s3.create_bucket(Bucket=unique_name)
-    dlq_url = sqs.create_queue(QueueName=f"{unique_name}-dlq")["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
-        "QueueArn"
-    ]
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
-    queue_url = sqs.create_queue(
-        QueueName=unique_name,
-        Attributes={"VisibilityTimeout": "3", "RedrivePolicy": json.dumps(redrive)},
-    )["QueueUrl"]
-    return Pipeline(unique_name, queue_url, dlq_url, s3, sqs)
+    return make_pipeline(unique_name)
 
 
 @pytest.fixture
 def running_consumer(pipeline):
-    """A consumer on a thread of this process, stopped (and joined) after the test."""
-    started = []
-
-    def start(**settings):
-        env = pipeline.env(**settings)
-        consumer = Consumer(Settings.from_env(env))
-        thread = threading.Thread(target=consumer.run, daemon=True)
-        thread.start()
-        started.append((consumer, thread))
-        return consumer
-
-    yield start
-    for consumer, thread in started:
-        consumer.stop()
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "consumer did not stop"
+    """Start consumers on threads with extra settings; all are stopped after the test."""
+    with ExitStack() as stack:
+        yield lambda **settings: stack.enter_context(consumer_thread(pipeline, **settings))
 
 
 @pytest.fixture
