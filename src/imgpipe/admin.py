@@ -19,7 +19,7 @@ from imgpipe.config import SQS_MAX_BATCH
 from imgpipe.storage import SOURCE_ETAG, thumbnail_key
 
 ENV_FILES = (".run/env", ".env")  # the local stack's settings win over the user's .env
-DLQ_LIST_VISIBILITY = 30  # seconds a listed message stays hidden from another `dlq list`
+DLQ_LIST_VISIBILITY = 30  # hides listed messages so one listing shows each once
 
 
 def load_env_files(root: Path | None = None) -> None:
@@ -188,15 +188,21 @@ def logs(dep: Deployment, which: str, follow: bool, since_minutes: int = 60) -> 
 
 
 def dlq_list(dep: Deployment, limit: int = 100) -> int:
-    """Show dead letters with their reasons; they stay in the DLQ (hidden for a few seconds)."""
-    shown = 0
-    for message in _drain(dep.dlq_url, dep.client("sqs"), limit, DLQ_LIST_VISIBILITY):
+    """Show dead letters with their reasons; they stay in the DLQ, visible again at once."""
+    sqs = dep.client("sqs")
+    listed = list(_drain(dep.dlq_url, sqs, limit, DLQ_LIST_VISIBILITY))
+    for message in listed:
         attrs = message.get("MessageAttributes", {})
         reason = attrs.get("imgpipe-error-reason", {}).get("StringValue", "redriven by SQS")
         detail = attrs.get("imgpipe-error-detail", {}).get("StringValue", "")
         print(f"{_key_of(message['Body'])}\t{reason}\t{detail}")
-        shown += 1
-    print(f"{shown} dead letter(s)", file=sys.stderr)
+    for i in range(0, len(listed), SQS_MAX_BATCH):
+        entries = [
+            {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
+            for n, m in enumerate(listed[i : i + SQS_MAX_BATCH])
+        ]
+        sqs.change_message_visibility_batch(QueueUrl=dep.dlq_url, Entries=entries)
+    print(f"{len(listed)} dead letter(s)", file=sys.stderr)
     return 0
 
 
