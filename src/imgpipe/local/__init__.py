@@ -1,0 +1,1 @@
+"""Local mode: the embedded AWS emulator and the local Lambda runtime."""
