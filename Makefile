@@ -25,5 +25,17 @@ test: install lint
 bench: install
 	$(BIN)/python bench/compare_libraries.py
 
+up: install
+	scripts/local-up.sh
+
+down: install
+	scripts/local-down.sh
+
+demo: install
+	scripts/demo.sh
+
+image: install
+	scripts/build-image.sh
+
 clean:
 	rm -rf $(VENV) .run demo-output
