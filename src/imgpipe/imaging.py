@@ -5,6 +5,7 @@ and colour is managed with the embedded ICC profile (or libvips' built-in CMYK p
 CMYK image has none) into sRGB.
 """
 
+import os
 from dataclasses import dataclass
 
 import pyvips
@@ -29,6 +30,9 @@ def _lock_down_libvips() -> None:
         pyvips.operation_block_set(name, False)
     # The service sees each image once: libvips' operation cache would only hold memory.
     pyvips.cache_set_max(0)
+    # One libvips thread per image: the consumer runs WORKERS images side by side instead.
+    if "VIPS_CONCURRENCY" not in os.environ:
+        pyvips.concurrency_set(1)
 
 
 _lock_down_libvips()
