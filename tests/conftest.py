@@ -1,5 +1,6 @@
 """Shared fixtures: fake credentials, the moto server on 127.0.0.1, unique names, test images."""
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -34,6 +35,7 @@ def moto_endpoint(fake_aws_credentials):
     """The moto server, in-process on a free port of 127.0.0.1; AWS_ENDPOINT_URL points at it."""
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
