@@ -10,10 +10,12 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from functools import cached_property
+from pathlib import Path
 
 import boto3
 from botocore.config import Config
@@ -193,14 +195,16 @@ class Consumer:
             )
         if self.storage.thumbnail_etag_source(thumb_key) == source.etag:
             return "duplicate"
-        data = self.storage.get_source(ref.key, source.etag)
-        thumb = make_thumbnail(
-            data,
-            s.thumbnail_size,
-            limits=self.limits,
-            jpeg_quality=s.jpeg_quality,
-            webp_quality=s.webp_quality,
-        )
+        # On disk, not in memory: libvips streams a file (TMPDIR is an emptyDir in the pod).
+        with tempfile.NamedTemporaryFile(prefix="imgpipe-") as file:
+            self.storage.download_source(ref.key, source.etag, file)
+            thumb = make_thumbnail(
+                Path(file.name),
+                s.thumbnail_size,
+                limits=self.limits,
+                jpeg_quality=s.jpeg_quality,
+                webp_quality=s.webp_quality,
+            )
         self.storage.put_thumbnail(thumb_key, thumb.data, thumb.content_type, source.etag)
         health.WRITTEN.inc()
         fields.update(thumbnail_key=thumb_key, width=thumb.width, height=thumb.height)

@@ -1,13 +1,16 @@
 """S3 reads and writes, and the raw-images/ -> thumbnails/ key mapping."""
 
+import shutil
 from dataclasses import dataclass
+from typing import BinaryIO
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imgpipe.errors import PermanentError, TransientError
 
 # Metadata on every thumbnail: which source version it was made from.
 SOURCE_ETAG = "source-etag"
+COPY_CHUNK_BYTES = 1024 * 1024
 MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
 CHANGED_CODES = {"412", "PreconditionFailed"}
 
@@ -35,22 +38,24 @@ class Storage:
     def head_source(self, key: str) -> Source:
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
+        except (ClientError, BotoCoreError) as e:
             raise _classify(e, key) from e
         return Source(size=head["ContentLength"], etag=head["ETag"])
 
-    def get_source(self, key: str, etag: str) -> bytes:
-        """The bytes of exactly the version that was checked (If-Match the ETag)."""
+    def download_source(self, key: str, etag: str, file: BinaryIO) -> None:
+        """Stream exactly the version that was checked (If-Match the ETag) into `file`."""
         try:
-            return self.s3.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)["Body"].read()
-        except ClientError as e:
+            body = self.s3.get_object(Bucket=self.bucket, Key=key, IfMatch=etag)["Body"]
+            shutil.copyfileobj(body, file, COPY_CHUNK_BYTES)
+            file.flush()
+        except (ClientError, BotoCoreError) as e:
             raise _classify(e, key) from e
 
     def thumbnail_etag_source(self, key: str) -> str | None:
         """The source ETag recorded on an existing thumbnail, or None if there is none."""
         try:
             head = self.s3.head_object(Bucket=self.bucket, Key=key)
-        except ClientError as e:
+        except (ClientError, BotoCoreError) as e:
             # Without s3:ListBucket a missing key answers 403, not 404: both mean "make it".
             if _code(e) in MISSING_CODES | {"403", "AccessDenied", "Forbidden"}:
                 return None
@@ -67,15 +72,17 @@ class Storage:
                 CacheControl="public, max-age=31536000, immutable",
                 Metadata={SOURCE_ETAG: source_etag},
             )
-        except ClientError as e:
+        except (ClientError, BotoCoreError) as e:
             raise _classify(e, key) from e
 
 
-def _code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
+def _code(error: Exception) -> str:
+    if isinstance(error, ClientError):
+        return str(error.response.get("Error", {}).get("Code", ""))
+    return type(error).__name__  # network and timeout errors: transient
 
 
-def _classify(error: ClientError, key: str) -> Exception:
+def _classify(error: Exception, key: str) -> Exception:
     code = _code(error)
     if code in MISSING_CODES:
         return PermanentError("missing-object", f"{key} does not exist")

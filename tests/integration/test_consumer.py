@@ -97,16 +97,16 @@ def test_a_message_that_keeps_failing_reaches_the_dlq_after_the_redrive_count(
     pipeline, running_consumer, monkeypatch
 ):
     # Given an object whose read always fails transiently (say, S3 keeps throttling it)
-    real_get = Storage.get_source
+    real_download = Storage.download_source
     attempts = []
 
-    def flaky_get(self, key, etag):
+    def flaky_download(self, key, etag, file):
         if key == "raw-images/poison.jpg":
             attempts.append(key)
             raise TransientError("SlowDown: please reduce your request rate")
-        return real_get(self, key, etag)
+        return real_download(self, key, etag, file)
 
-    monkeypatch.setattr(Storage, "get_source", flaky_get)
+    monkeypatch.setattr(Storage, "download_source", flaky_download)
     monkeypatch.setattr(consumer_module, "RETRY_BACKOFF_SECONDS", 0)
     for key in ("raw-images/poison.jpg", "raw-images/ok1.jpg"):
         pipeline.upload(key, make_image())
