@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: install
-	$(BIN)/ruff check src lambda tests bench
+	$(BIN)/ruff check src lambda tests bench docs
 	$(BIN)/shellcheck infra/*.sh scripts/*.sh
 
 test: install lint
