@@ -101,6 +101,11 @@ def sniff_format(data: bytes) -> str:
 
 
 SUPPORTED_INPUTS = {"jpeg", "png", "gif", "webp", "tiff", "avif"}
+REFUSED = {
+    "unknown": "the input is not a recognised image format",
+    "heic": "HEIC (HEVC) input cannot be decoded by this build of libvips",
+    "svg": "SVG input is not allowed (untrusted loader)",
+}
 
 
 def make_thumbnail(
@@ -127,10 +132,9 @@ def make_thumbnail(
             "too-large", f"{nbytes} bytes is over the limit of {limits.max_input_bytes}"
         )
     fmt = sniff_format(head)
-    if fmt == "unknown":
-        raise PermanentError("unsupported-format", "the input is not a recognised image format")
     if fmt not in SUPPORTED_INPUTS:
-        raise PermanentError("unsupported-format", f"{fmt} input is not allowed")
+        why = REFUSED.get(fmt, f"{fmt} input is not allowed")
+        raise PermanentError("unsupported-format", why)
     try:
         return _thumbnail(source, fmt, size, limits, jpeg_quality, webp_quality)
     except pyvips.Error as e:

@@ -122,6 +122,7 @@ def test_input_over_the_byte_limit_is_refused():
         (b"8BPS\x00\x01" + b"\x00" * 30, "psd"),
         (b"\x08\xf2\xa6\xb6" + b"\x00" * 60, "unknown"),  # libvips' own format
         (b"\x00\x00\x00\x0cjP  \r\n\x87\n" + b"\x00" * 20, "jpeg2000"),
+        (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 20, "heic"),
     ],
 )
 def test_formats_outside_the_allow_list_are_refused_before_decoding(data, fmt):
