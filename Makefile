@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: install
-	$(BIN)/ruff check src lambda tests bench docs
+	$(BIN)/ruff check src lambda tests bench docs scripts
 	$(BIN)/shellcheck infra/*.sh scripts/*.sh
 
 test: install lint
@@ -38,4 +38,5 @@ image: install
 	scripts/build-image.sh
 
 clean:
+	-scripts/local-down.sh
 	rm -rf $(VENV) .run demo-output

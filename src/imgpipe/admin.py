@@ -105,28 +105,32 @@ def upload(dep: Deployment, files: list[str], wait: bool, timeout: float = 120) 
         _progress(i, len(files), key)
     if not wait:
         return 0
-    missing = 0
-    for key, (etag, uploaded) in sent.items():
+    latencies = _wait_for_thumbnails(dep, s3, sent, time.monotonic() + timeout)
+    for key in sent:
         thumb = thumbnail_key(key, dep.raw_prefix, dep.thumb_prefix)
-        latency = _wait_for_thumbnail(s3, dep.bucket, thumb, etag, uploaded + timeout)
-        if latency is None:
-            print(f"{key}\tno thumbnail after {timeout:.0f}s")
-            missing += 1
+        if key in latencies:
+            print(f"{key}\t{thumb}\t{latencies[key] * 1000:.0f} ms")
         else:
-            print(f"{key}\t{thumb}\t{(latency - uploaded) * 1000:.0f} ms")
-    return 1 if missing else 0
+            print(f"{key}\tno thumbnail after {timeout:.0f}s")
+    return 0 if len(latencies) == len(sent) else 1
 
 
-def _wait_for_thumbnail(s3, bucket, key, source_etag, deadline) -> float | None:
-    while time.monotonic() < deadline:
-        try:
-            head = s3.head_object(Bucket=bucket, Key=key)
-            if head["Metadata"].get(SOURCE_ETAG) == source_etag:
-                return time.monotonic()
-        except ClientError:
-            pass
+def _wait_for_thumbnails(dep, s3, sent: dict, deadline: float) -> dict[str, float]:
+    """key -> seconds from upload until a thumbnail of that upload's ETag exists, all at once."""
+    done: dict[str, float] = {}
+    while len(done) < len(sent) and time.monotonic() < deadline:
+        for key, (etag, uploaded) in sent.items():
+            if key in done:
+                continue
+            thumb = thumbnail_key(key, dep.raw_prefix, dep.thumb_prefix)
+            try:
+                head = s3.head_object(Bucket=dep.bucket, Key=thumb)
+            except ClientError:
+                continue
+            if head["Metadata"].get(SOURCE_ETAG) == etag:
+                done[key] = time.monotonic() - uploaded
         time.sleep(0.1)
-    return None
+    return done
 
 
 def _progress(done: int, total: int, label: str) -> None:
