@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 
 lint: install
 	$(BIN)/ruff check src lambda tests bench docs scripts
-	$(BIN)/shellcheck infra/*.sh scripts/*.sh
+	$(BIN)/shellcheck infra/*.sh scripts/*.sh tests/infra/bin/*
 
 test: install lint
 	$(BIN)/pytest -q
