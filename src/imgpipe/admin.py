@@ -95,17 +95,10 @@ class Deployment:
 
 def upload(dep: Deployment, files: list[str], wait: bool, timeout: float = 120) -> int:
     """Put files under raw-images/; with wait, report each thumbnail's latency."""
-    s3 = dep.client("s3")
-    sent = {}  # key -> (ETag, time uploaded)
-    for i, name in enumerate(files, 1):
-        key = dep.raw_prefix + Path(name).name
-        with open(name, "rb") as f:
-            etag = s3.put_object(Bucket=dep.bucket, Key=key, Body=f)["ETag"]
-        sent[key] = (etag, time.monotonic())
-        _progress(i, len(files), key)
+    sent = put_files(dep, files)
     if not wait:
         return 0
-    latencies = _wait_for_thumbnails(dep, s3, sent, time.monotonic() + timeout)
+    latencies = wait_for_thumbnails(dep, sent, time.monotonic() + timeout)
     for key in sent:
         thumb = thumbnail_key(key, dep.raw_prefix, dep.thumb_prefix)
         if key in latencies:
@@ -115,8 +108,22 @@ def upload(dep: Deployment, files: list[str], wait: bool, timeout: float = 120) 
     return 0 if len(latencies) == len(sent) else 1
 
 
-def _wait_for_thumbnails(dep, s3, sent: dict, deadline: float) -> dict[str, float]:
+def put_files(dep: Deployment, files: list[str]) -> dict[str, tuple[str, float]]:
+    """Upload each file as raw-images/<name>: key -> (its ETag, when it was uploaded)."""
+    s3 = dep.client("s3")
+    sent = {}
+    for i, name in enumerate(files, 1):
+        key = dep.raw_prefix + Path(name).name
+        with open(name, "rb") as f:
+            etag = s3.put_object(Bucket=dep.bucket, Key=key, Body=f)["ETag"]
+        sent[key] = (etag, time.monotonic())
+        _progress(i, len(files), key)
+    return sent
+
+
+def wait_for_thumbnails(dep: Deployment, sent: dict, deadline: float) -> dict[str, float]:
     """key -> seconds from upload until a thumbnail of that upload's ETag exists, all at once."""
+    s3 = dep.client("s3")
     done: dict[str, float] = {}
     while len(done) < len(sent) and time.monotonic() < deadline:
         for key, (etag, uploaded) in sent.items():
@@ -129,7 +136,7 @@ def _wait_for_thumbnails(dep, s3, sent: dict, deadline: float) -> dict[str, floa
                 continue
             if head["Metadata"].get(SOURCE_ETAG) == etag:
                 done[key] = time.monotonic() - uploaded
-        time.sleep(0.1)
+        time.sleep(0.05)
     return done
 
 
