@@ -8,11 +8,11 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 RUN python3 -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md consumer-constraints.txt ./
 COPY src ./src
-# The runtime dependencies are pinned in pyproject.toml and all ship binary wheels (libvips comes
-# in pyvips-binary), so no compiler is needed.
-RUN /opt/venv/bin/pip install --no-cache-dir --no-compile . \
+# Every package is pinned (consumer-constraints.txt) and ships a binary wheel (libvips comes in
+# pyvips-binary), so no compiler is needed.
+RUN /opt/venv/bin/pip install --no-cache-dir --no-compile -c consumer-constraints.txt . \
     && /opt/venv/bin/pip uninstall --yes pip setuptools
 # The consumer calls only S3 and SQS (STS and SSO serve the credential providers); the other
 # ~440 botocore service models are 27 MB nobody loads. Add a service to the list when the code
