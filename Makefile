@@ -24,6 +24,7 @@ test: install lint
 
 bench: install
 	$(BIN)/python bench/compare_libraries.py
+	$(BIN)/python bench/consumer_throughput.py --messages 50 --workers 1 2
 
 up: install
 	scripts/local-up.sh
