@@ -179,6 +179,21 @@ create_function() {
   info "created Lambda $LAMBDA_NAME"
 }
 
+# An event that still fails after Lambda's two async retries goes to the DLQ, not away: the DLQ
+# alarm fires, and `imgpipe dlq redrive` hands it to the consumer, which reads S3 events.
+ensure_lambda_failure_destination() {
+  if try_aws ResourceNotFoundException lambda get-function-event-invoke-config \
+    --function-name "$LAMBDA_NAME" --query DestinationConfig.OnFailure.Destination \
+    --output text && [[ $REPLY == "$DLQ_ARN" ]]; then
+    info "failed Lambda events go to $DLQ_NAME"
+    return
+  fi
+  awsx lambda put-function-event-invoke-config --function-name "$LAMBDA_NAME" \
+    --maximum-retry-attempts 2 \
+    --destination-config "{\"OnFailure\": {\"Destination\": \"$DLQ_ARN\"}}" >/dev/null
+  info "failed Lambda events now go to $DLQ_NAME"
+}
+
 # S3 may invoke the function only for this bucket, in this account (no confused deputy).
 ensure_s3_permission() {
   if try_aws ResourceNotFoundException lambda get-policy --function-name "$LAMBDA_NAME" \
@@ -402,6 +417,7 @@ main() {
   ensure_lambda_role
   ensure_log_group
   ensure_lambda
+  ensure_lambda_failure_destination
   ensure_s3_permission
   ensure_bucket_notification
   "$INFRA_DIR/cw-alarms.sh"

@@ -16,6 +16,8 @@ import boto3
 from botocore.exceptions import ClientError
 
 from imgpipe.config import SQS_MAX_BATCH
+from imgpipe.errors import PermanentError
+from imgpipe.events import parse_body
 from imgpipe.storage import SOURCE_ETAG, thumbnail_key
 
 ENV_FILES = (".run/env", ".env")  # the local stack's settings win over the user's .env
@@ -203,10 +205,7 @@ def dlq_list(dep: Deployment, limit: int = 100) -> int:
     sqs = dep.client("sqs")
     listed = list(_drain(dep.dlq_url, sqs, limit, DLQ_LIST_VISIBILITY))
     for message in listed:
-        attrs = message.get("MessageAttributes", {})
-        reason = attrs.get("imgpipe-error-reason", {}).get("StringValue", "redriven by SQS")
-        detail = attrs.get("imgpipe-error-detail", {}).get("StringValue", "")
-        print(f"{_key_of(message['Body'])}\t{reason}\t{detail}")
+        print("\t".join(_describe_dead_letter(message)))
     for i in range(0, len(listed), SQS_MAX_BATCH):
         entries = [
             {"Id": str(n), "ReceiptHandle": m["ReceiptHandle"], "VisibilityTimeout": 0}
@@ -246,8 +245,22 @@ def _drain(url, sqs, limit, visibility):
         yield from batch
 
 
-def _key_of(body: str) -> str:
+def _describe_dead_letter(message: dict) -> tuple[str, str, str]:
+    """(key, reason, detail): the consumer's attributes, Lambda's failure record, or SQS redrive."""
+    body = message["Body"]
     try:
-        return json.loads(body).get("key") or body[:80]
-    except (ValueError, AttributeError):
-        return body[:80]
+        keys = ", ".join(ref.key for ref in parse_body(body)) or body[:80]
+    except PermanentError:
+        keys = body[:80]
+    attrs = message.get("MessageAttributes", {})
+    if "imgpipe-error-reason" in attrs:
+        detail = attrs.get("imgpipe-error-detail", {}).get("StringValue", "")
+        return keys, attrs["imgpipe-error-reason"]["StringValue"], detail
+    try:
+        doc = json.loads(body)
+        condition = doc["requestContext"]["condition"]
+    except (ValueError, KeyError, TypeError):
+        return keys, "redriven by SQS", "failed maxReceiveCount times in the consumer"
+    response = doc.get("responsePayload")
+    error = response.get("errorMessage", "") if isinstance(response, dict) else response
+    return keys, "lambda-failed", f"{condition}: {error}"

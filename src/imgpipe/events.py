@@ -1,8 +1,11 @@
 """An SQS message body -> the S3 objects it names.
 
-Two shapes arrive: the JSON the Lambda publishes through SNS with raw delivery
-(`{"bucket": ..., "key": ...}`, key already decoded), and a plain S3 event notification
-(`{"Records": [...]}`, keys URL-encoded the way S3 does it: a space is `+`).
+Three shapes arrive: the JSON the Lambda publishes through SNS with raw delivery
+(`{"bucket": ..., "key": ...}`, key already decoded); a plain S3 event notification
+(`{"Records": [...]}`, keys URL-encoded the way S3 does it: a space is `+`); and the record
+Lambda sends to its on-failure destination (the DLQ) when it gave up on an S3 event
+(`{"requestContext": ..., "requestPayload": <the S3 event>}`), so `imgpipe dlq redrive` can
+hand such an upload to the consumer directly.
 """
 
 import json
@@ -26,6 +29,8 @@ def parse_body(body: str) -> list[ObjectRef]:
         raise PermanentError("bad-message", f"body is not JSON: {body[:80]!r}") from None
     if not isinstance(doc, dict):
         raise PermanentError("bad-message", f"body is not a JSON object: {body[:80]!r}")
+    if isinstance(doc.get("requestContext"), dict) and isinstance(doc.get("requestPayload"), dict):
+        doc = doc["requestPayload"]
     if doc.get("Event") == "s3:TestEvent":
         return []
     if "Records" in doc:

@@ -117,7 +117,7 @@ def test_an_upload_under_thumbnails_starts_nothing(local_stack):
             if line.startswith("dead letters")] == ["0"]
 
 
-def test_a_failing_lambda_run_is_logged_and_retried_twice(local_stack):
+def test_a_failing_lambda_run_is_logged_retried_and_kept_for_a_redrive(local_stack):
     lam = local_stack.client("lambda")
     name = local_stack.settings["LAMBDA_NAME"]
     good = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
@@ -130,7 +130,7 @@ def test_a_failing_lambda_run_is_logged_and_retried_twice(local_stack):
     try:
         # When an upload's Lambda run cannot publish
         key = f"raw-images/fails-{uuid.uuid4().hex[:8]}.png"
-        upload(local_stack, key, sample("logo-alpha.png"))
+        etag = upload(local_stack, key, sample("logo-alpha.png"))
         local_stack.wait_for(
             lambda: local_stack.log_text("emulator").count("failed after all retries")
             > failed_before, 60, "the Lambda's last attempt")
@@ -145,6 +145,17 @@ def test_a_failing_lambda_run_is_logged_and_retried_twice(local_stack):
     assert len({e["logStreamName"] for e in starts}) == 3  # one stream per attempt
     errors = {e["logStreamName"] for e in lines if "Topic does not exist" in e["message"]}
     assert errors == {e["logStreamName"] for e in starts}
+
+    # And the event it gave up on waits in the DLQ (Lambda's on-failure destination), with why
+    def listed():
+        dlq = local_stack.cli("dlq", "list")
+        return dlq.stdout.strip() and dlq
+    dead_key, reason, detail = local_stack.wait_for(listed, 30, "the DLQ").stdout.split("\t")
+    assert (dead_key, reason) == (key, "lambda-failed")
+    assert "RetriesExhausted" in detail and "Topic does not exist" in detail
+    # So once the cause is fixed, a redrive hands the upload to the consumer: nothing was lost
+    assert "moved 1 message(s)" in local_stack.cli("dlq", "redrive").stdout
+    thumbnail(local_stack, "thumbnails/" + key.removeprefix("raw-images/"), etag)
 
 
 def test_imgpipe_status_and_logs_read_the_local_stack(local_stack):

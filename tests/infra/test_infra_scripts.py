@@ -151,6 +151,11 @@ def snapshot(aws, n: Names) -> dict:
         },
         "function_tags": lam.list_tags(Resource=n.function_arn)["Tags"],
         "function_policy": json.loads(lam.get_policy(FunctionName=n.function)["Policy"]),
+        "failure_destination": {
+            k: v
+            for k, v in lam.get_function_event_invoke_config(FunctionName=n.function).items()
+            if k != "ResponseMetadata"
+        },
         "role": iam.get_role(RoleName=n.role)["Role"],
         "role_policy": iam.get_role_policy(RoleName=n.role, PolicyName=f"{n.function}-publish")[
             "PolicyDocument"
@@ -413,13 +418,22 @@ def test_create_function_is_retried_while_the_new_role_cannot_be_assumed(story):
 
 
 def test_lambda_may_publish_to_its_topic_and_log_to_its_group_only(story):
-    publish, logs = story.after_first["role_policy"]["Statement"]
+    publish, dead_letter, logs = story.after_first["role_policy"]["Statement"]
     assert (publish["Action"], publish["Resource"]) == ("sns:Publish", story.names.topic_arn)
+    dlq_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{story.names.dlq}"
+    assert (dead_letter["Action"], dead_letter["Resource"]) == ("sqs:SendMessage", dlq_arn)
     group = f"arn:aws:logs:{REGION}:{ACCOUNT}:log-group:{story.names.log_group}"
     assert logs["Resource"] == [group, f"{group}:*"]
     assert all(action.startswith("logs:") for action in logs["Action"])
     (log_group,) = story.after_first["log_group"]
     assert log_group["retentionInDays"] == 14
+
+
+def test_events_the_lambda_still_fails_on_after_its_retries_go_to_the_dlq(story):
+    config = story.after_first["failure_destination"]
+    assert config["MaximumRetryAttempts"] == 2
+    dlq_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:{story.names.dlq}"
+    assert config["DestinationConfig"]["OnFailure"]["Destination"] == dlq_arn
 
 
 def test_only_this_bucket_in_this_account_may_invoke_the_lambda(story):

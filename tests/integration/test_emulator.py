@@ -99,11 +99,18 @@ def test_the_moto_function_object_still_carries_what_the_runtime_reads(unique_na
             MemorySize=256,
             Environment={"Variables": {"A": "1"}},
         )
+        dlq_arn = f"arn:aws:sqs:{REGION}:123456789012:{unique_name}-dlq"
+        client(emulator, "lambda").put_function_event_invoke_config(
+            FunctionName=unique_name,
+            MaximumRetryAttempts=1,
+            DestinationConfig={"OnFailure": {"Destination": dlq_arn}},
+        )
         fn = emulator_module._get_backend("123456789012", REGION).get_function(arn)
         spec = emulator_module._spec_of(fn)
 
     assert (spec.name, spec.arn, spec.handler) == (unique_name, arn, "handler.handler")
     assert (spec.timeout, spec.memory_size, spec.environment) == (7, 256, {"A": "1"})
+    assert (spec.max_retries, spec.on_failure) == (1, dlq_arn)
     assert zipfile.ZipFile(io.BytesIO(spec.code)).namelist() == ["handler.py"]
 
 

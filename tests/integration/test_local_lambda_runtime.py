@@ -13,6 +13,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote_plus
 
 import boto3
 import pytest
@@ -261,6 +262,33 @@ def test_failing_function_is_run_three_times_with_the_traceback_logged(aws, uniq
         assert "Traceback (most recent call last):" in lines
         assert any('raise RuntimeError("the handler broke on purpose")' in line for line in lines)
         assert lines[-1].startswith("REPORT RequestId: ")
+
+
+def test_an_event_failing_every_retry_goes_to_the_on_failure_destination(aws, unique_name):
+    # Given a failing function whose event invoke config names a queue for failures
+    function_arn = aws.deploy(unique_name, zipped({"handler.py": FAILING}))
+    sqs = aws.client("sqs")
+    queue_url = sqs.create_queue(QueueName=f"{unique_name}-failed")["QueueUrl"]
+    aws.client("lambda").put_function_event_invoke_config(
+        FunctionName=unique_name,
+        MaximumRetryAttempts=1,
+        DestinationConfig={
+            "OnFailure": {"Destination": f"arn:aws:sqs:{REGION}:123456789012:{unique_name}-failed"}
+        },
+    )
+    aws.bucket_notifying(unique_name, function_arn)
+    # When an upload makes it fail on the first try and on its one retry
+    aws.client("s3").put_object(Bucket=unique_name, Key="raw-images/lost.jpg", Body=b"x")
+    aws.wait_idle()
+    # Then it ran twice, and Lambda's invocation record, with the S3 event, is on the queue
+    assert len(aws.log_streams(unique_name)) == 2
+    [message] = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)["Messages"]
+    record = json.loads(message["Body"])
+    assert record["requestContext"]["condition"] == "RetriesExhausted"
+    assert record["requestContext"]["approximateInvokeCount"] == 2
+    key = record["requestPayload"]["Records"][0]["s3"]["object"]["key"]
+    assert unquote_plus(key) == "raw-images/lost.jpg"  # moto encodes the slash too
+    assert record["responsePayload"]["errorMessage"] == "the handler broke on purpose"
 
 
 def test_environment_and_context_reach_the_handler(aws, unique_name, monkeypatch):

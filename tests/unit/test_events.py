@@ -45,6 +45,17 @@ def test_s3_event_keys_are_url_decoded(encoded, key):
     assert parse_body(s3_event(encoded)) == [ObjectRef("photos", key)]
 
 
+def test_a_lambda_failure_record_from_the_dlq_yields_the_upload_it_gave_up_on():
+    record = {
+        "version": "1.0",
+        "requestContext": {"condition": "RetriesExhausted", "approximateInvokeCount": 3},
+        "requestPayload": json.loads(s3_event("raw-images/red+flower.jpg")),
+        "responseContext": {"statusCode": 200, "functionError": "Unhandled"},
+        "responsePayload": {"errorMessage": "Topic does not exist"},
+    }
+    assert parse_body(json.dumps(record)) == [ObjectRef("photos", "raw-images/red flower.jpg")]
+
+
 def test_only_object_created_records_count_and_the_test_event_is_ignored():
     assert parse_body(s3_event("raw-images/x.jpg", event="ObjectRemoved:Delete")) == []
     test_event = {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": "photos"}

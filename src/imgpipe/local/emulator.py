@@ -118,7 +118,7 @@ class Emulator:
                 )
             Emulator._active = self
         self.runtime = LambdaRuntime(self.endpoint, _write_logs, self._retry_delays,
-                                     self._workers)
+                                     self._workers, destination_sink=_send_to_destination)
         _install(self.runtime)
         self._thread = threading.Thread(target=self._server.serve_forever, name="emulator",
                                         daemon=True)
@@ -215,7 +215,30 @@ def _spec_of(fn: Any) -> FunctionSpec:
         timeout=int(fn.timeout),
         memory_size=int(fn.memory_size),
         runtime=fn.run_time or "python3.12",
+        **_event_invoke_config(fn),
     )
+
+
+def _event_invoke_config(fn: Any) -> dict:
+    """MaximumRetryAttempts and the OnFailure destination of PutFunctionEventInvokeConfig."""
+    if not fn.event_invoke_config:
+        return {}
+    config = fn.event_invoke_config[-1].config  # moto appends each put; the last one counts
+    options = {"max_retries": int(config.get("MaximumRetryAttempts", 2))}
+    destination = config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")
+    if destination:
+        options["on_failure"] = destination
+    return options
+
+
+def _send_to_destination(arn: str, record: dict) -> None:
+    """Straight into moto's SQS backend, as Lambda's destination delivery does on AWS."""
+    from moto.sqs.models import sqs_backends
+
+    _, _, service, region, account, name = arn.split(":")
+    if service != "sqs":
+        raise EmulatorError(f"only SQS on-failure destinations run locally, not {arn}")
+    sqs_backends[account][region].send_message(name, json.dumps(record))
 
 
 def _write_logs(spec: FunctionSpec, stream: str, events: list[dict]) -> None:

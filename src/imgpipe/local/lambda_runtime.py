@@ -68,6 +68,8 @@ class FunctionSpec:
     timeout: int = 3
     memory_size: int = 128
     runtime: str = "python3.12"
+    max_retries: int = 2  # PutFunctionEventInvokeConfig's MaximumRetryAttempts
+    on_failure: str | None = None  # its OnFailure destination ARN (an SQS queue)
 
     @property
     def log_group(self) -> str:
@@ -85,6 +87,8 @@ class RunResult:
 
 # (function, log stream name, [{"timestamp": ms, "message": line}, ...])
 LogSink = Callable[[FunctionSpec, str, list[dict]], None]
+# (destination ARN, the invocation record Lambda sends there)
+DestinationSink = Callable[[str, dict], None]
 
 
 class RuntimeStopping(RuntimeError):
@@ -98,9 +102,11 @@ class LambdaRuntime:
         log_sink: LogSink,
         retry_delays: tuple[float, ...] = DEFAULT_RETRY_DELAYS,
         workers: int = DEFAULT_WORKERS,
+        destination_sink: DestinationSink | None = None,
     ):
         self._endpoint = endpoint
         self._log_sink = log_sink
+        self._destination_sink = destination_sink
         self._retry_delays = tuple(retry_delays)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lambda")
         self._stopping = threading.Event()
@@ -159,7 +165,7 @@ class LambdaRuntime:
                 self._pending_changed.notify_all()
 
     def _retry(self, spec: FunctionSpec, event: dict, request_id: str) -> None:
-        attempts = 1 + len(self._retry_delays)
+        attempts = 1 + min(spec.max_retries, len(self._retry_delays))
         for attempt in range(1, attempts + 1):
             try:
                 result = self._attempt(spec, event, request_id, attempt)
@@ -175,11 +181,39 @@ class LambdaRuntime:
                 log.error("lambda invocation failed after all retries",
                           extra={"function": spec.name, "request_id": request_id,
                                  "attempts": attempts})
+                self._send_on_failure(spec, event, request_id, attempts, result)
                 return
             if self._stopping.wait(self._retry_delays[attempt - 1]):
                 log.warning("lambda retry abandoned: runtime stopping",
                             extra={"function": spec.name, "request_id": request_id})
                 return
+
+    def _send_on_failure(self, spec, event, request_id, attempts, result: RunResult) -> None:
+        """Lambda's invocation record to the OnFailure destination, as AWS sends it."""
+        if not (spec.on_failure and self._destination_sink):
+            return
+        record = {
+            "version": "1.0",
+            "timestamp": _iso_now(),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": f"{spec.arn}:$LATEST",
+                "condition": "RetriesExhausted",
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": json.loads(result.payload or b"null"),
+        }
+        try:
+            self._destination_sink(spec.on_failure, record)
+        except Exception:
+            log.exception("on-failure destination not reached",
+                          extra={"function": spec.name, "destination": spec.on_failure})
 
     def _attempt(self, spec: FunctionSpec, event: dict, request_id: str, attempt: int) -> RunResult:
         stream = _log_stream_name()
