@@ -10,6 +10,10 @@ for calls into `LambdaRuntime` (see lambda_runtime.py), nothing else:
   response_headers)`, behind the Invoke API: InvocationType=Event is queued the same way,
   RequestResponse runs once and answers with the handler's result (and the log tail if asked).
 
+The runtime reads what moto stored (code, handler, environment, timeout, memory, and the event
+invoke config's retries and OnFailure destination) and writes back only through moto's backends:
+CloudWatch Logs for the runs' output, SQS for Lambda's failure records.
+
 Both are pinned to moto 5.2.5 (checked at start-up); tests/integration/test_emulator.py fails
 loudly if an upgrade renames them, changes their signatures or stops calling the S3 one on upload.
 
