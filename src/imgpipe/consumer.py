@@ -36,6 +36,7 @@ RETRY_BACKOFF_SECONDS = 30  # times the receive count, for a transient failure
 MAX_RETRY_BACKOFF_SECONDS = 900
 SLOWEST_IMAGE_SECONDS = 60  # far above the slowest allowed image measured (bench/)
 SETUP_RETRY_SECONDS = 5
+PREFETCH_PER_WORKER = 2  # messages held per worker, so none waits for a receive
 
 
 class Consumer:
@@ -70,13 +71,33 @@ class Consumer:
         self.stopping.set()
 
     def run(self) -> None:
+        """Keep every worker busy: receive as room frees up, acknowledge as messages finish.
+
+        Long-polls only when idle; with work in hand it polls without waiting, once a second,
+        so finished messages are deleted and visibility is extended on time. On stop, it
+        hands back what no worker has started and finishes the rest.
+        """
         self._set_up_queue()
+        capacity = self.settings.workers * PREFETCH_PER_WORKER
+        work: dict[Future, dict] = {}
+        extended = time.monotonic()
         with ThreadPoolExecutor(self.settings.workers, thread_name_prefix="worker") as pool:
-            while not self.stopping.is_set():
+            while work or not self.stopping.is_set():
                 self.health.beat()
-                messages = self._receive()
-                if messages:
-                    self._work_through(pool, messages)
+                if self.stopping.is_set():
+                    self._release_unstarted(work)
+                elif len(work) < capacity:
+                    wait_seconds = 0 if work else self.settings.wait_time_seconds
+                    for message in self._receive(capacity - len(work), wait_seconds):
+                        work[pool.submit(self._handle, message)] = message
+                        health.IN_FLIGHT.inc()
+                done, _ = wait(work, timeout=1, return_when=FIRST_COMPLETED)
+                finished = {f: work.pop(f) for f in done}
+                health.IN_FLIGHT.dec(len(finished))
+                self._acknowledge([m for f, m in finished.items() if f.result()])
+                if work and time.monotonic() - extended > self.visibility_timeout / 3:
+                    self._extend(list(work.values()))
+                    extended = time.monotonic()
         log.info("stopped")
 
     def _set_up_queue(self) -> None:
@@ -115,42 +136,23 @@ class Consumer:
             },
         )
 
-    def _receive(self) -> list[dict]:
+    def _receive(self, most: int, wait_seconds: int) -> list[dict]:
         try:
             messages = self.sqs.receive_message(
                 QueueUrl=self.settings.queue_url,
-                MaxNumberOfMessages=SQS_MAX_BATCH,
-                WaitTimeSeconds=self.settings.wait_time_seconds,
+                MaxNumberOfMessages=min(most, SQS_MAX_BATCH),
+                WaitTimeSeconds=wait_seconds,
                 MessageSystemAttributeNames=["ApproximateReceiveCount"],
             ).get("Messages", [])
         except (ClientError, BotoCoreError) as e:
             self.health.queue_ok = False
             log.error("receive failed, retrying", extra={"reason": str(e)})
-            self.stopping.wait(SETUP_RETRY_SECONDS)
+            if wait_seconds:  # idle: back off; with work in hand the loop's own pace is enough
+                self.stopping.wait(SETUP_RETRY_SECONDS)
             return []
         self.health.queue_ok = True
         health.RECEIVED.inc(len(messages))
         return messages
-
-    def _work_through(self, pool: ThreadPoolExecutor, messages: list[dict]) -> None:
-        """Process a batch concurrently, extending visibility until every message is done."""
-        health.IN_FLIGHT.inc(len(messages))
-        started = time.monotonic()
-        futures: dict[Future, dict] = {pool.submit(self._handle, m): m for m in messages}
-        pending = set(futures)
-        last_extension = started
-        while pending:
-            done, pending = wait(pending, timeout=1, return_when=FIRST_COMPLETED)
-            self.health.beat()
-            if self.stopping.is_set():
-                pending = self._release_unstarted(pending, futures)
-            if pending and time.monotonic() - last_extension > self.visibility_timeout / 3:
-                self._extend([futures[f] for f in pending])
-                last_extension = time.monotonic()
-        acks = [futures[f] for f in futures if not f.cancelled() and f.result()]
-        self._acknowledge(acks)
-        health.IN_FLIGHT.dec(len(messages))
-        health.SECONDS.observe(time.monotonic() - started)
 
     def _handle(self, message: dict) -> bool:
         """Process one message; True when it may be deleted. Logs one line per message."""
@@ -175,7 +177,9 @@ class Consumer:
             fields.update(outcome="retry", reason=f"internal error: {e!r}")
             health.FAILURES.labels("internal").inc()
             ok = False
-        fields["ms"] = round((time.monotonic() - started) * 1000)
+        seconds = time.monotonic() - started
+        fields["ms"] = round(seconds * 1000)
+        health.SECONDS.observe(seconds)
         health.OUTCOMES.labels(fields["outcome"]).inc()
         log.info(fields["outcome"], extra=fields)
         return ok
@@ -239,13 +243,13 @@ class Consumer:
     def _extend(self, messages: list[dict]) -> None:
         self._change_visibility(messages, self.visibility_timeout)
 
-    def _release_unstarted(self, pending: set[Future], futures: dict) -> set[Future]:
+    def _release_unstarted(self, work: dict[Future, dict]) -> None:
         """On stop: hand back messages no worker has started, so another consumer takes them."""
-        unstarted = {f for f in pending if f.cancel()}
+        unstarted = [work.pop(f) for f in list(work) if f.cancel()]
         if unstarted:
-            self._change_visibility([futures[f] for f in unstarted], 0)
+            health.IN_FLIGHT.dec(len(unstarted))
+            self._change_visibility(unstarted, 0)
             log.info("released unstarted messages", extra={"count": len(unstarted)})
-        return pending - unstarted
 
     def _change_visibility(self, messages: list[dict], seconds: int) -> None:
         for chunk in _chunks(messages):

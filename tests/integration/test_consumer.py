@@ -123,7 +123,7 @@ def test_a_message_that_keeps_failing_reaches_the_dlq_after_the_redrive_count(
     assert len(attempts) == pipeline.max_receive_count
 
 
-def test_a_duplicate_delivery_does_not_redo_the_work(pipeline, running_consumer, caplog):
+def test_a_duplicate_delivery_does_not_redo_the_work(pipeline, running_consumer):
     pipeline.upload("raw-images/twice.jpg", make_image())
     pipeline.send("raw-images/twice.jpg")
     consumer = running_consumer()
