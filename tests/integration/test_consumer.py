@@ -2,6 +2,7 @@
 
 import json
 import signal
+import threading
 import time
 import urllib.request
 
@@ -167,6 +168,35 @@ def test_visibility_is_extended_while_a_slow_image_is_worked_on(
     pipeline.thumbnail("thumbnails/slow.jpg", timeout=30)
     _wait_for(lambda: pipeline.depth(pipeline.queue_url) == 0)
     assert len(calls) == 1
+
+
+def test_a_slow_image_holds_up_nothing_else(pipeline, running_consumer, monkeypatch):
+    # Given one image whose thumbnail blocks until the test lets it go, and four quick ones
+    real = consumer_module.make_thumbnail
+    release = threading.Event()
+
+    def maybe_slow(path, *args, **kwargs):
+        if path.read_bytes() == slow_bytes:
+            release.wait(timeout=30)
+        return real(path, *args, **kwargs)
+
+    slow_bytes = make_image(size=(900, 600), color=(1, 2, 3))
+    monkeypatch.setattr(consumer_module, "make_thumbnail", maybe_slow)
+    pipeline.upload("raw-images/slow.jpg", slow_bytes)
+    pipeline.send("raw-images/slow.jpg")
+    quick = [f"raw-images/quick-{i}.jpg" for i in range(4)]
+    for key in quick:
+        pipeline.upload(key, make_image())
+        pipeline.send(key)
+    running_consumer(WORKERS=2)
+    # Then the quick ones are written and their messages deleted while the slow one still runs
+    for key in quick:
+        pipeline.thumbnail("thumbnails/" + key.removeprefix("raw-images/"))
+    _wait_for(lambda: pipeline.depth(pipeline.queue_url) == 1)
+    assert "thumbnails/slow.jpg" not in pipeline.keys("thumbnails/")
+    release.set()
+    pipeline.thumbnail("thumbnails/slow.jpg")
+    _wait_for(lambda: pipeline.depth(pipeline.queue_url) == 0)
 
 
 def test_sigterm_during_a_batch_loses_nothing(pipeline, consumer_process):
