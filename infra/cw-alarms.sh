@@ -89,9 +89,8 @@ ensure_query_definition() {
     info "saved Logs Insights query skipped: the emulator has no PutQueryDefinition"
     return
   fi
-  id=$(awsx logs describe-query-definitions --query-definition-name-prefix "$QUERY_NAME" \
-    --query "queryDefinitions[?name=='$QUERY_NAME'].queryDefinitionId | [0]" --output text)
-  if [[ $id != None && -n $id ]]; then
+  id=$(query_definition_id)
+  if [[ -n $id ]]; then
     info "saved query $QUERY_NAME exists"
     return
   fi

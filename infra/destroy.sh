@@ -111,9 +111,8 @@ delete_query_definition() {
     info "saved Logs Insights query skipped: the emulator has no query definitions"
     return
   fi
-  id=$(awsx logs describe-query-definitions --query-definition-name-prefix "$QUERY_NAME" \
-    --query "queryDefinitions[?name=='$QUERY_NAME'].queryDefinitionId | [0]" --output text)
-  if [[ $id == None || -z $id ]]; then
+  id=$(query_definition_id)
+  if [[ -z $id ]]; then
     return
   fi
   awsx logs delete-query-definition --query-definition-id "$id" >/dev/null

@@ -150,6 +150,14 @@ init() {
   readonly ALARM_TOPIC_ARN=arn:$PARTITION:sns:$AWS_REGION:$ACCOUNT_ID:$ALARM_TOPIC_NAME
 }
 
+# query_definition_id: the id of the saved Logs Insights query QUERY_NAME, or empty.
+query_definition_id() {
+  local id
+  id=$(awsx logs describe-query-definitions --query-definition-name-prefix "$QUERY_NAME" \
+    --query "queryDefinitions[?name=='$QUERY_NAME'].queryDefinitionId | [0]" --output text)
+  [[ $id == None ]] || printf '%s' "$id"
+}
+
 # render TEMPLATE: the file with every ${NAME} replaced by that variable's value, on stdout.
 # An unset or empty variable is an error, so no placeholder reaches AWS unfilled.
 render() {
