@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
+set -euo pipefail
 # Creates the pipeline: S3 -> Lambda -> SNS -> SQS (+ DLQ) -> consumer on EKS, and its alarms.
 # Every step is get-or-create: a second run changes nothing. With AWS_ENDPOINT_URL set (the
 # emulator) the EKS half is skipped (SKIP_EKS=1).
 # stdout: the settings a consumer needs, as KEY=value lines; every other message goes to stderr.
 # Usage: infra/create.sh        (settings from the environment, then .env; see .env.example)
-set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

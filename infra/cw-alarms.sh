@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
+set -euo pipefail
 # CloudWatch for the pipeline: the alarm topic (+ email if ALARM_EMAIL is set), three alarms,
 # a dashboard and a saved Logs Insights query. create.sh runs it; it also runs alone (the
 # Lambda and queues need not exist yet). Every step is get-or-create or an idempotent put.
-set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

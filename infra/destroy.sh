@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
+set -euo pipefail
 # Removes everything create.sh made, in reverse order. Each step acts only on what exists, so a
 # second run, or a run after a half-finished create, succeeds; a real error stops it.
 # stdout: one "removed ..." line per resource, then whatever is still tagged project=<PROJECT>.
 # Usage: infra/destroy.sh      (the same settings as create.sh)
-set -euo pipefail
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"

@@ -2,6 +2,7 @@
 # Shared by create.sh, destroy.sh and cw-alarms.sh: settings, logging, the `awsx` wrapper.
 # Sourced, never run. Every setting is documented once, in .env.example.
 # shellcheck disable=SC2034 # the settings are used by the scripts that source this file
+set -euo pipefail # the callers' mode already; stated so this file is strict on its own too
 
 INFRA_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$INFRA_DIR/.." && pwd)
