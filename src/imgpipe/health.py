@@ -12,7 +12,7 @@ OUTCOMES = Counter("imgpipe_messages", "Messages finished, by outcome", ["outcom
 FAILURES = Counter("imgpipe_failures", "Failed messages, by reason", ["reason"])
 SECONDS = Histogram(
     "imgpipe_processing_seconds",
-    "Seconds from receive to done, per message",
+    "Seconds one message takes to handle (read, thumbnail, write or dead-letter)",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 IN_FLIGHT = Gauge("imgpipe_messages_in_flight", "Messages received and not yet finished")
